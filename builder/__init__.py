@@ -1,0 +1,1 @@
+"""furoshiki builder: GGUF inspection, Hugging Face download, stub build, packing."""
