@@ -288,7 +288,7 @@ class Engine:
             elif job.kind == "completion":
                 out = llm.create_completion(**params, stream=job.stream)
             elif job.kind == "embed":
-                out = llm.create_embedding(**params)
+                out = _pooled(llm.create_embedding(**params))
             else:
                 raise AssertionError(f"unknown job kind {job.kind}")
             if job.stream:
@@ -385,6 +385,23 @@ class Engine:
         if not self._ready.is_set() or self._llm is None:
             raise ModelLoading("the model is still loading; retry in a moment")
         return self._llm
+
+
+def _pooled(result: dict) -> dict:
+    """One vector per input, as OpenAI clients expect.
+
+    A GGUF without a pooling type (any chat model) makes llama.cpp return one
+    vector per token; average those and L2-normalise, as pooled models do.
+    """
+    import numpy as np
+
+    for item in result["data"]:
+        vectors = item["embedding"]
+        if vectors and isinstance(vectors[0], list):
+            mean = np.asarray(vectors, dtype=np.float64).mean(axis=0)
+            norm = np.linalg.norm(mean)
+            item["embedding"] = (mean / norm if norm > 0 else mean).tolist()
+    return result
 
 
 def _finish_reason(obj: dict) -> str | None:

@@ -66,8 +66,10 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(model: Path, max_queue: int = 4, ctx_size: int = 4096, **server_kw) -> Iterator[LiveServer]:
-    engine = Engine(EngineConfig(model_path=str(model), ctx_size=ctx_size, max_queue=max_queue))
+def live_server(model: Path, max_queue: int = 4, ctx_size: int = 4096, embeddings: bool = False,
+                **server_kw) -> Iterator[LiveServer]:
+    engine = Engine(EngineConfig(model_path=str(model), ctx_size=ctx_size, max_queue=max_queue,
+                                 embeddings=embeddings))
     engine.load()
     server = LiveServer(engine, ServerConfig(host="127.0.0.1", port=0, **server_kw), max_queue)
     try:

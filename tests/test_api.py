@@ -172,3 +172,18 @@ def test_max_tokens_beyond_the_context_is_clamped_not_refused(idle_server):
     r = idle_server.post("/v1/chat/completions", {"messages": HELLO, "max_tokens": 100000,
                                                   "grammar": None, "stop": [" ", "a", "e"]})
     assert r.status_code == 200, r.text
+
+
+def test_embeddings_mode_returns_one_vector_per_input(tiny_model):
+    from tests.conftest import live_server
+
+    with live_server(tiny_model, embeddings=True) as srv:
+        r = srv.post("/v1/embeddings", {"input": ["hello", "こんにちは世界"]})
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert [d["index"] for d in data] == [0, 1]
+        assert all(len(d["embedding"]) == 64 for d in data)  # n_embd of the tiny model
+        assert abs(sum(x * x for x in data[0]["embedding"]) - 1.0) < 1e-6
+        assert data[0]["embedding"] != data[1]["embedding"]
+        refused = srv.post("/v1/chat/completions", {"messages": HELLO})
+        assert refused.status_code == 400 and "--embeddings" in refused.json()["error"]["message"]
