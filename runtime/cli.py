@@ -6,16 +6,18 @@ messages; set FUROSHIKI_DEBUG=1 to see full tracebacks instead.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import webbrowser
+from pathlib import Path
 
 import click
 
-from runtime import __version__
+from runtime import __version__, packed
 from runtime.config import (
     API_KEY_ENV,
     DEFAULT_CTX,
@@ -63,8 +65,8 @@ def _bind(app, server_config: ServerConfig, max_queue: int, port_fixed: bool):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--model", "-m", "model_path", required=True, metavar="PATH",
-              type=click.Path(dir_okay=False), help="GGUF model file to serve.")
+@click.option("--model", "-m", "model_path", metavar="PATH", type=click.Path(dir_okay=False),
+              help="GGUF model file to serve [default: the model packed into this executable].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs --api-key.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
@@ -84,32 +86,72 @@ def _bind(app, server_config: ServerConfig, max_queue: int, port_fixed: bool):
 @click.option("--embeddings", is_flag=True, help="Serve /v1/embeddings instead of text generation.")
 @click.option("--title", help="Title shown on the chat page.")
 @click.option("--verbose", "-v", is_flag=True, help="Show llama.cpp's own log.")
+@click.option("--info", "show_info", is_flag=True, help="Packed executable: show its model, payload and versions.")
+@click.option("--json", "as_json", is_flag=True, help="With --info: print JSON.")
+@click.option("--verify", is_flag=True, help="Packed executable: recompute the model's sha256 and report.")
+@click.option("--extract-model", metavar="OUT.gguf", type=click.Path(dir_okay=False),
+              help="Packed executable: write the embedded model back out as a GGUF file.")
 @click.version_option(__version__, prog_name="furoshiki")
 @click.pass_context
-def serve(ctx: click.Context, model_path: str, host: str, port: int, ctx_size: int, threads: int | None,
+def serve(ctx: click.Context, model_path: str | None, host: str, port: int, ctx_size: int, threads: int | None,
           no_browser: bool, api_key: str | None, max_queue: int, cors_origins: tuple[str, ...],
-          public_without_key: bool, embeddings: bool, title: str | None, verbose: bool) -> None:
+          public_without_key: bool, embeddings: bool, title: str | None, verbose: bool, show_info: bool,
+          as_json: bool, verify: bool, extract_model: str | None) -> None:
     """Serve a GGUF model: an OpenAI-compatible API and a chat page, on this machine only by default."""
     _setup_logging(verbose)
+    embedded: packed.Embedded = ctx.obj
+    if show_info or verify or extract_model:
+        _packed_action(embedded, show_info, as_json, verify, extract_model)
+        return
     from runtime.app import create_app
     from runtime.engine import Engine
 
-    if not os.path.isfile(model_path):
-        raise ConfigError(f"model file not found: {model_path}")
+    source = embedded.model_source(model_path)
+    if not os.path.isfile(source.path):
+        raise ConfigError(f"model file not found: {source.path}")
     _check_exposure(host, api_key, public_without_key)
     for origin in cors_origins:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             raise ConfigError(f"--cors-origin {origin!r} must look like http://host:port (no path)")
 
-    engine = Engine(EngineConfig(model_path=model_path, ctx_size=ctx_size, threads=threads,
-                                 max_queue=max_queue, embeddings=embeddings, verbose=verbose))
-    server_config = ServerConfig(host=host, port=port, api_key=api_key, cors_origins=cors_origins, title=title)
+    engine = Engine(EngineConfig(model_path=source.path, model_offset=source.offset, model_length=source.length,
+                                 ctx_size=ctx_size, threads=threads, max_queue=max_queue, embeddings=embeddings,
+                                 verbose=verbose))
+    server_config = ServerConfig(host=host, port=port, api_key=api_key, cors_origins=cors_origins, title=title,
+                                 defaults=embedded.manifest.get("defaults", {}))
+    log.info("model: %s", source.describe())
     port_fixed = ctx.get_parameter_source("port") != click.core.ParameterSource.DEFAULT
     # The app only reads the config for the page and guards, so bind first and
     # rebuild it with the port that was actually free.
     server, server_config = _bind(create_app(server_config, engine), server_config, max_queue, port_fixed)
     server.server.application = create_app(server_config, engine)
     run_until_interrupted(server, engine, server_config, open_browser=not no_browser)
+
+
+def _packed_action(embedded: packed.Embedded, show_info: bool, as_json: bool, verify: bool,
+                   extract_model: str | None) -> None:
+    payload = embedded.payload()
+    if show_info:
+        data = packed.info(embedded)
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else packed.format_info(data))
+    if verify:
+        with _progress(payload.length, "verifying") as bar:
+            payload.verify(bar.update)
+        click.echo(f"OK: model payload matches sha256 {payload.sha256} ({payload.length:,} bytes)")
+    if extract_model:
+        out = Path(extract_model)
+        if out.exists():
+            raise ConfigError(f"{out} already exists; remove it or choose another name")
+        with _progress(payload.length, "extracting") as bar:
+            payload.extract(out, bar.update)
+        click.echo(f"wrote {out} ({payload.length:,} bytes, sha256 {payload.sha256})")
+
+
+def _progress(total: int, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                disable=None, leave=False)
 
 
 def run_until_interrupted(server, engine, server_config: ServerConfig, open_browser: bool) -> None:
@@ -135,9 +177,20 @@ def run_until_interrupted(server, engine, server_config: ServerConfig, open_brow
         server.stop()
 
 
+def _manifest_defaults(manifest: dict) -> dict:
+    """A packed executable's build-time choices become its flags' defaults."""
+    d = manifest.get("defaults", {})
+    found = {"ctx_size": d.get("ctx_size"), "port": d.get("port"), "title": manifest.get("title")}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def main(argv: list[str] | None = None) -> None:
+    exe = packed.current_executable()
+    prog = os.path.basename(sys.executable) if getattr(sys, "frozen", False) else "python -m runtime"
     try:
-        serve.main(args=argv, prog_name="python -m runtime", standalone_mode=False)
+        embedded = packed.Embedded(exe)
+        serve.main(args=argv, prog_name=prog, standalone_mode=False, obj=embedded,
+                   default_map=_manifest_defaults(embedded.manifest))
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:

@@ -16,6 +16,9 @@ DEFAULT_MAX_BODY = 16 * 1024 * 1024
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str
+    # A GGUF inside a larger file (a packed executable): where it starts and how long it is.
+    model_offset: int | None = None
+    model_length: int | None = None
     ctx_size: int = DEFAULT_CTX
     threads: int | None = None
     max_queue: int = DEFAULT_MAX_QUEUE

@@ -179,6 +179,7 @@ class Engine:
         try:
             llm = CancellableLlama(
                 model_path=path,
+                model_offset=self.config.model_offset,
                 n_ctx=self.config.ctx_size,
                 n_threads=threads,
                 n_threads_batch=threads,
@@ -196,7 +197,7 @@ class Engine:
         else:
             log.info("chat template: from the GGUF (%s)", llm.chat_format)
         self._llm = llm
-        self.info = _model_info(llm, path, template, self.config.embeddings)
+        self.info = _model_info(llm, path, template, self.config)
         self._worker = threading.Thread(target=self._work, name="furoshiki-engine", daemon=True)
         self._worker.start()
         self._ready.set()
@@ -424,7 +425,7 @@ def _as_api_error(exc: Exception) -> APIError:
     return APIError(f"generation failed: {exc.__class__.__name__}: {message}")
 
 
-def _model_info(llm: CancellableLlama, path: str, template: str | None, embeddings: bool) -> ModelInfo:
+def _model_info(llm: CancellableLlama, path: str, template: str | None, config: EngineConfig) -> ModelInfo:
     import llama_cpp
 
     name = llm.metadata.get("general.name") or os.path.splitext(os.path.basename(path))[0]
@@ -435,10 +436,10 @@ def _model_info(llm: CancellableLlama, path: str, template: str | None, embeddin
         n_ctx_train=llm._model.n_ctx_train(),
         n_vocab=llm.n_vocab(),
         n_params=llm._model.n_params(),
-        size_bytes=os.path.getsize(path),
+        size_bytes=config.model_length or os.path.getsize(path),
         chat_template=template,
         chat_format=llm.chat_format or "",
-        embeddings=embeddings,
+        embeddings=config.embeddings,
         system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
         llama_cpp_python=llama_cpp.__version__,
     )

@@ -11,15 +11,26 @@ subclass below wraps the two methods every generation goes through:
 
 The hook also records what was evaluated and when, which gives exact
 per-request timings and shows the KV prefix reuse across chat turns.
+
+`CancellableLlama(model_path=exe, model_offset=N)` loads a GGUF that starts N
+bytes into a larger file (a packed executable) with llama.cpp's
+`llama_model_load_from_file_ptr`, so the tensors are memory-mapped in place
+and nothing is extracted or copied.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import llama_cpp
+import llama_cpp._internals as internals
 
 from runtime.errors import GenerationCancelled
 
@@ -51,8 +62,88 @@ class TokenHook:
         return time.perf_counter() - self.first_token_at
 
 
+class _CFile:
+    """A C `FILE *` opened with the same C runtime llama.cpp uses, positioned at an offset."""
+
+    def __init__(self, path: str, offset: int):
+        if sys.platform == "win32":
+            crt = ctypes.CDLL("ucrtbase")
+            crt._wfopen.restype = ctypes.c_void_p
+            crt._wfopen.argtypes = [ctypes.c_wchar_p, ctypes.c_wchar_p]
+            crt._fseeki64.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+            crt.fclose.argtypes = [ctypes.c_void_p]
+            self._crt, self.fp = crt, crt._wfopen(path, "rb")
+            seek = crt._fseeki64
+        else:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") if sys.platform == "darwin" else None)
+            libc.fopen.restype = ctypes.c_void_p
+            libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+            libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+            libc.fclose.argtypes = [ctypes.c_void_p]
+            self._crt, self.fp = libc, libc.fopen(path.encode(), b"rb")
+            seek = libc.fseeko
+        if not self.fp:
+            raise ValueError(f"cannot open {path}")
+        if seek(self.fp, offset, 0) != 0:
+            self.close()
+            raise ValueError(f"cannot seek to byte {offset} of {path}")
+
+    def close(self) -> None:
+        if self.fp:
+            self._crt.fclose(self.fp)
+            self.fp = None
+
+
+class _EmbeddedModel(internals.LlamaModel):
+    """llama-cpp-python's LlamaModel, loaded from (file, offset) instead of a path."""
+
+    def __init__(self, *, path_model: str, params, verbose: bool = True, offset: int = 0):
+        self.path_model, self.params, self.verbose = path_model, params, verbose
+        self._exit_stack = contextlib.ExitStack()
+        self.sampler, self.custom_samplers = None, []
+        self.model = None
+        cfile = _CFile(path_model, offset)
+        # llama.cpp does not own the FILE (owns_fp = false); keep it open as long as the model.
+        self._exit_stack.callback(cfile.close)
+        with internals.suppress_stdout_stderr(disable=verbose):
+            model = llama_cpp.llama_model_load_from_file_ptr(cfile.fp, params)
+        if not model:
+            self._exit_stack.close()
+            raise ValueError(f"Failed to load model from byte {offset} of {path_model}")
+        self.model, self.vocab = model, llama_cpp.llama_model_get_vocab(model)
+
+        def free_model() -> None:
+            if self.model is not None:
+                llama_cpp.llama_model_free(self.model)
+                self.model = None
+
+        self._exit_stack.callback(free_model)
+
+
+_load_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _models_from_offset(offset: int) -> Iterator[None]:
+    """While Llama.__init__ runs, make it build its model from (path, offset)."""
+    original = internals.LlamaModel
+    with _load_lock:
+        internals.LlamaModel = lambda **kw: _EmbeddedModel(**kw, offset=offset)
+        try:
+            yield
+        finally:
+            internals.LlamaModel = original
+
+
 class CancellableLlama(llama_cpp.Llama):
     token_hook: TokenHook | None = None
+
+    def __init__(self, *args, model_offset: int | None = None, **kwargs):
+        if model_offset is None:
+            super().__init__(*args, **kwargs)
+            return
+        with _models_from_offset(model_offset):
+            super().__init__(*args, **kwargs)
 
     def eval(self, tokens: Sequence[int]) -> None:
         hook = self.token_hook

@@ -1,0 +1,193 @@
+"""`python build.py`: turn a GGUF (a file, or one fetched from Hugging Face) into one executable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from runtime import __version__
+from runtime.errors import FuroshikiError
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _echo(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _built_at() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _progress(total: int, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                disable=None, leave=False)
+
+
+def make_manifest(name: str, title: str | None, defaults: dict, card, source: str, stub_info: dict) -> dict:
+    import llama_cpp
+
+    return {
+        "name": name,
+        "title": title or name,
+        "defaults": {k: v for k, v in defaults.items() if v is not None},
+        "model": {"source": source, "name": card.name, "architecture": card.architecture,
+                  "n_params": card.n_params, "file_type": card.file_type, "context_length": card.context_length,
+                  "chat_template": card.has_chat_template},
+        "versions": {"furoshiki": __version__, "llama_cpp_python": llama_cpp.__version__,
+                     "llama_cpp": f"vendored in llama-cpp-python {llama_cpp.__version__}"},
+        "stub": stub_info,
+        "built_at": _built_at(),
+    }
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"],
+                                                            "max_content_width": 100})
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), help="Local GGUF file.")
+@click.option("--hf", "hf_repo", metavar="OWNER/REPO", help="Hugging Face repository to take the GGUF from.")
+@click.option("--quant", help="With --hf: which quantisation, e.g. Q4_K_M (case-insensitive).")
+@click.option("--file", "hf_file", help="With --hf: the exact GGUF file name.")
+@click.option("--revision", help="With --hf: branch, tag or commit [default: main].")
+@click.option("--name", help="Executable name, e.g. mymodel (.exe is added for Windows stubs).")
+@click.option("--out", default="dist", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--title", help="Title shown on the chat page [default: the name].")
+@click.option("--system-prompt", help="Default system prompt of the chat page.")
+@click.option("--ctx-size", type=click.IntRange(16, 1 << 22), help="Default context size.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Default port [8080].")
+@click.option("--temperature", type=click.FloatRange(0, 5), help="Default temperature of the chat page.")
+@click.option("--max-tokens", type=click.IntRange(1), help="Default max tokens of the chat page.")
+@click.option("--stub", "stub_path", type=click.Path(exists=True, dir_okay=False),
+              help="Pack into this runtime stub instead of the host's (built and cached on demand).")
+@click.option("--sidecar", is_flag=True, help="Keep the model as NAME.gguf beside the executable.")
+@click.version_option(__version__, prog_name="furoshiki build")
+@click.pass_context
+def cli(ctx: click.Context, model_path, hf_repo, quant, hf_file, revision, name, out, title, system_prompt,
+        ctx_size, port, temperature, max_tokens, stub_path, sidecar) -> None:
+    """Build one executable from a GGUF:
+
+    \b
+      python build.py --model model.gguf --name mymodel
+      python build.py --hf owner/repo --quant Q4_K_M --name mymodel
+      python build.py inspect FILE [--json]
+      python build.py stub [--list]
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (model_path or hf_repo):
+        raise click.UsageError("give --model PATH or --hf OWNER/REPO (see --help)")
+    if model_path and hf_repo:
+        raise click.UsageError("give either --model or --hf, not both")
+    if not name:
+        raise click.UsageError("--name is required, e.g. --name mymodel")
+    if not NAME_RE.fullmatch(name):
+        raise click.UsageError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (no paths)")
+    if hf_repo is None and (quant or hf_file or revision):
+        raise click.UsageError("--quant, --file and --revision go with --hf")
+
+    from builder import hub, pack, stub
+    from builder.gguf_facts import human_bytes, read_model_card
+
+    if hf_repo:
+        fetched = hub.download(hf_repo, quant=quant, filename=hf_file, revision=revision)
+        gguf, source = fetched.path, fetched.source
+        _echo(f"model: {source}")
+    else:
+        gguf, source = Path(model_path), f"file:{Path(model_path).name}"
+    card = read_model_card(gguf)
+    if ctx_size and card.context_length and ctx_size > card.context_length:
+        _echo(f"note: --ctx-size {ctx_size} is more than the {card.context_length} the model was trained for")
+
+    if stub_path:
+        stub_file, stub_info = Path(stub_path), {"origin": "given", "file": Path(stub_path).name}
+    else:
+        info = stub.build_stub(log=_echo)
+        stub_file, stub_info = Path(info.path), {"origin": "built here", "platform": info.platform, "key": info.key}
+    with open(stub_file, "rb") as f:
+        kind = pack.stub_format(f.read(4))
+    exe_name = name + ".exe" if kind == "pe" and not name.lower().endswith(".exe") else name
+    gguf_size = gguf.stat().st_size
+    if kind == "pe" and not sidecar and pack.needs_sidecar_for_windows(stub_file.stat().st_size, gguf_size):
+        sidecar = True
+        _echo(f"note: Windows refuses executables of 4 GiB or more, so the model goes beside it: "
+              f"{exe_name} + {name}.gguf (ship both, in the same folder)")
+
+    defaults = {"system_prompt": system_prompt, "temperature": temperature, "ctx_size": ctx_size, "port": port,
+                "max_tokens": max_tokens}
+    manifest = make_manifest(name, title, defaults, card, source, stub_info)
+    target = Path(out) / exe_name
+    with _progress(gguf_size, "packing") as bar:
+        result = pack.pack(stub_file, gguf, target, manifest, sidecar=sidecar, progress=bar.update)
+    size = target.stat().st_size
+    _echo(f"built {target}: {human_bytes(size)} (stub {human_bytes(stub_file.stat().st_size)}, "
+          f"model {human_bytes(gguf_size)}) in {result.seconds:.1f} s")
+    if result.sidecar:
+        _echo(f"      {result.sidecar}: the model, keep it next to {exe_name}")
+    _echo(f"model sha256 {result.sha256}")
+    _echo(f"run it: {target if target.is_absolute() else './' + str(target)}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(file: str, as_json: bool) -> None:
+    """Describe a GGUF file or a built executable."""
+    from builder.gguf_facts import card_rows, read_model_card
+    from runtime import packed
+
+    with open(file, "rb") as f:
+        is_gguf = f.read(4) == b"GGUF"
+    if is_gguf:
+        card = read_model_card(file)
+        if as_json:
+            click.echo(json.dumps(card.to_dict(), indent=2, ensure_ascii=False))
+            return
+        for key, value in card_rows(card):
+            click.echo(f"{key:<28}{value}")
+        return
+    data = packed.info(packed.Embedded(Path(file).resolve()))
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else packed.format_info(data))
+
+
+@cli.command(name="stub")
+@click.option("--list", "list_only", is_flag=True, help="Show the stubs cached on this machine.")
+@click.option("--force", is_flag=True, help="Rebuild even if a cached stub matches.")
+def stub_command(list_only: bool, force: bool) -> None:
+    """Build (or list) the runtime stub for this platform."""
+    from builder import stub
+
+    if list_only:
+        stubs = stub.list_stubs()
+        if not stubs:
+            click.echo(f"no stubs cached in {stub.cache_root() / 'stubs'}")
+        for s in stubs:
+            click.echo(f"{s.platform:<16} {s.size / 1e6:6.1f} MB  {s.built_at}  {s.origin:<10}  {s.path}")
+        return
+    info = stub.build_stub(force=force, log=_echo)
+    click.echo(info.path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="python build.py", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except FuroshikiError as exc:
+        if os.environ.get("FUROSHIKI_DEBUG"):
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,162 @@
+"""Pack a GGUF into a runtime stub: one executable that memory-maps its own model.
+
+The GGUF goes in uncompressed at a 64 KiB-aligned offset, followed by the
+manifest and trailer of `runtime.payload`, between the stub's native image
+and PyInstaller's archive. It is copied once, and hashed in the same pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from builder import elf
+from runtime import payload as fmt
+from runtime.errors import FuroshikiError
+
+COPY_CHUNK = 16 * 1024 * 1024
+WINDOWS_EXE_LIMIT = 4 * 1024 ** 3   # Windows refuses to start executables of 4 GiB or more
+EXE_MARGIN = 64 * 1024 * 1024
+
+
+class PackError(FuroshikiError):
+    pass
+
+
+@dataclass(frozen=True)
+class PackResult:
+    executable: Path
+    sidecar: Path | None
+    payload_offset: int
+    payload_length: int
+    sha256: str
+    seconds: float
+    stub_format: str
+
+
+def stub_format(head: bytes) -> str:
+    if elf.is_elf(head):
+        return "elf"
+    if head[:2] == b"MZ":
+        return "pe"
+    if head[:4] in (b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xca\xfe\xba\xbe"):
+        return "macho"
+    raise PackError("the stub is not an executable furoshiki knows (ELF, PE or Mach-O)")
+
+
+def copy_hashing(src: BinaryIO, dst: BinaryIO | None, length: int,
+                 progress: Callable[[int], None] | None = None) -> bytes:
+    """Copy `length` bytes and return their sha256, hashing chunk i while chunk i+1 is read and written.
+
+    hashlib releases the GIL on large buffers, so hashing on a second thread
+    overlaps it with the I/O instead of adding to it.
+    """
+    digest = hashlib.sha256()
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        left = length
+        while left:
+            chunk = src.read(min(COPY_CHUNK, left))
+            if not chunk:
+                raise PackError(f"the GGUF ended {left} bytes early; was it modified while packing?")
+            if pending is not None:
+                pending.result()
+            pending = hasher.submit(digest.update, chunk)
+            if dst is not None:
+                dst.write(chunk)
+            left -= len(chunk)
+            if progress:
+                progress(len(chunk))
+        if pending is not None:
+            pending.result()
+    return digest.digest()
+
+
+def _manifest_bytes(manifest: dict, sha256: bytes, size: int) -> bytes:
+    full = json.loads(json.dumps(manifest))
+    full.setdefault("model", {}).update(sha256=sha256.hex(), size=size)
+    full["format"] = fmt.FORMAT_VERSION
+    return json.dumps(full, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _payload_writer(gguf: Path, manifest: dict, sidecar: Path | None, progress, result: dict):
+    def write(out: BinaryIO) -> None:
+        size = gguf.stat().st_size
+        with open(gguf, "rb") as src:
+            if sidecar is None:
+                out.write(b"\0" * ((-out.tell()) % fmt.PAYLOAD_ALIGN))
+                offset = out.tell()
+                digest = copy_hashing(src, out, size, progress)
+                flags = 0
+            else:
+                offset, flags = 0, fmt.FLAG_SIDECAR
+                with open(sidecar, "wb") as side:
+                    digest = copy_hashing(src, side, size, progress)
+        body = _manifest_bytes(manifest, digest, size)
+        manifest_offset = out.tell()
+        out.write(body)
+        out.write(fmt.Trailer(fmt.FORMAT_VERSION, flags, offset, size, manifest_offset, len(body), digest).pack())
+        result.update(offset=offset, sha256=digest.hex())
+    return write
+
+
+def _insert_before_archive(stub: BinaryIO, out: BinaryIO, write_payload, archive: fmt.Archive, size: int) -> None:
+    """PE: PyInstaller's archive is the overlay; bytes before it need no header change."""
+    elf._copy(stub, out, 0, archive.start)
+    write_payload(out)
+    elf._copy(stub, out, archive.start, size - archive.start)
+
+
+def pack(stub: Path, gguf: Path, out: Path, manifest: dict, *, sidecar: bool = False,
+         progress: Callable[[int], None] | None = None) -> PackResult:
+    """Write `out` (and `out`'s NAME.gguf when sidecar) from a bare stub and a GGUF."""
+    t0 = time.perf_counter()
+    stub, gguf, out = Path(stub), Path(gguf), Path(out)
+    size = stub.stat().st_size
+    with open(stub, "rb") as f:
+        kind = stub_format(f.read(4))
+        archive = fmt.find_archive(f, size)
+    if kind == "macho":
+        raise PackError("packing macOS stubs is not supported yet")
+    if kind == "pe" and not sidecar and size + gguf.stat().st_size + EXE_MARGIN >= WINDOWS_EXE_LIMIT:
+        raise PackError("internal: the caller must choose sidecar mode for Windows builds of 4 GiB or more")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    side = fmt.sidecar_path(out) if sidecar else None
+    tmp = out.with_name(out.name + ".part")
+    side_tmp = side.with_name(side.name + ".part") if side else None
+    result: dict = {}
+    try:
+        writer = _payload_writer(gguf, manifest, side_tmp, progress, result)
+        with open(stub, "rb") as src, open(tmp, "wb") as dst:
+            if kind == "elf":
+                elf.insert_section(src, dst, writer, archive.start)
+            else:
+                _insert_before_archive(src, dst, writer, archive, size)
+        os.chmod(tmp, os.stat(stub).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        for path in (tmp, side_tmp):
+            if path and epoch:
+                os.utime(path, (int(epoch), int(epoch)))
+        os.replace(tmp, out)
+        if side and side_tmp:
+            os.replace(side_tmp, side)
+    finally:
+        for path in (tmp, side_tmp):
+            if path and path.exists():
+                path.unlink()
+    fmt.read_payload(out)  # what we wrote must read back
+    return PackResult(out, side, result["offset"], gguf.stat().st_size, result["sha256"],
+                      time.perf_counter() - t0, kind)
+
+
+def needs_sidecar_for_windows(stub_size: int, gguf_size: int) -> bool:
+    return stub_size + gguf_size + EXE_MARGIN >= WINDOWS_EXE_LIMIT
