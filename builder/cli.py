@@ -142,11 +142,17 @@ def cli(ctx: click.Context, model_path, hf_repo, quant, hf_file, revision, name,
 def inspect(file: str, as_json: bool) -> None:
     """Describe a GGUF file or a built executable."""
     from builder.gguf_facts import card_rows, read_model_card
+    from builder.pack import PackError, stub_format
     from runtime import packed
 
     with open(file, "rb") as f:
-        is_gguf = f.read(4) == b"GGUF"
-    if is_gguf:
+        head = f.read(4)
+    try:
+        stub_format(head)
+        is_executable = True
+    except PackError:
+        is_executable = False
+    if not is_executable:  # a GGUF, or something read_model_card will name as not one
         card = read_model_card(file)
         if as_json:
             click.echo(json.dumps(card.to_dict(), indent=2, ensure_ascii=False))

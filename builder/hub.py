@@ -50,8 +50,7 @@ def pick_file(files: list[str], quant: str | None, exact: str | None, repo: str)
         if not quant:
             raise HubError(f"{repo} has {len(ggufs)} GGUF files; choose one with --quant or --file: "
                            + ", ".join(ggufs))
-        token = re.compile(rf"(^|[-_.]){re.escape(quant)}([-_.]|$)", re.I)
-        chosen = [f for f in ggufs if token.search(Path(f).name[: -len(".gguf")] + ".")]
+        chosen = [f for f in ggufs if _quant_of(f) == quant.upper()]
         if not chosen:
             quants = sorted({_quant_of(f) for f in ggufs} - {""})
             raise HubError(f"{repo} has no {quant} GGUF; available: {', '.join(quants) or ', '.join(ggufs)}")
@@ -65,8 +64,14 @@ def pick_file(files: list[str], quant: str | None, exact: str | None, repo: str)
     return chosen[0]
 
 
+QUANT = re.compile(r"(?:^|[-_.])(I?Q\d+(?:_[A-Z0-9]+)*|F16|BF16|F32)$", re.I)
+
+
 def _quant_of(filename: str) -> str:
-    m = re.search(r"(I?Q\d[\w]*?|F16|BF16|F32)(?=\.gguf$|-\d{5}-of)", Path(filename).name, re.I)
+    """'Llama-3.2-1B-Instruct-Q4_K_M.gguf' -> 'Q4_K_M' (split suffixes ignored)."""
+    stem = SPLIT.sub("", Path(filename).name)
+    stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
+    m = QUANT.search(stem)
     return m.group(1).upper() if m else ""
 
 

@@ -209,6 +209,8 @@ def read_payload(executable: str | Path) -> Payload:
             window = f.read(archive.start - lo)
             end = window.rfind(END_MAGIC)
             if end < 0:
+                if window.rfind(MAGIC) >= 0:
+                    raise PayloadError("payload trailer is damaged (bad magic at its end)")
                 raise NoPayload(f"{executable.name} has no embedded model (it is a bare runtime stub)")
             start = end + len(END_MAGIC) - TRAILER.size
             if start < 0:
