@@ -21,6 +21,7 @@ need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v ccache >/dev/null || need_apt+=(ccache)
 command -v cmake >/dev/null || need_apt+=(cmake)
+command -v objcopy >/dev/null || need_apt+=(binutils)   # readelf/objcopy: stub format tests
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
