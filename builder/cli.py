@@ -43,7 +43,7 @@ def make_manifest(name: str, title: str | None, defaults: dict, card, source: st
         "defaults": {k: v for k, v in defaults.items() if v is not None},
         "model": {"source": source, "name": card.name, "architecture": card.architecture,
                   "n_params": card.n_params, "file_type": card.file_type, "context_length": card.context_length,
-                  "chat_template": card.has_chat_template},
+                  "chat_template": card.has_chat_template, "layout": card.layout()},
         "versions": {"furoshiki": __version__, "llama_cpp_python": llama_cpp.__version__,
                      "llama_cpp": f"vendored in llama-cpp-python {llama_cpp.__version__}"},
         "stub": stub_info,
@@ -167,7 +167,8 @@ def inspect(file: str, as_json: bool) -> None:
 @cli.command(name="stub")
 @click.option("--list", "list_only", is_flag=True, help="Show the stubs cached on this machine.")
 @click.option("--force", is_flag=True, help="Rebuild even if a cached stub matches.")
-def stub_command(list_only: bool, force: bool) -> None:
+@click.option("--variant", default="", metavar="NAME", help="Name suffix for a GPU variant, e.g. cuda.")
+def stub_command(list_only: bool, force: bool, variant: str) -> None:
     """Build (or list) the runtime stub for this platform."""
     from builder import stub
 
@@ -178,7 +179,7 @@ def stub_command(list_only: bool, force: bool) -> None:
         for s in stubs:
             click.echo(f"{s.platform:<16} {s.size / 1e6:6.1f} MB  {s.built_at}  {s.origin:<10}  {s.path}")
         return
-    info = stub.build_stub(force=force, log=_echo)
+    info = stub.build_stub(force=force, log=_echo, variant=variant)
     click.echo(info.path)
 
 

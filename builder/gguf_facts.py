@@ -63,6 +63,12 @@ class ModelCard:
         n_ctx = n_ctx or min(self.context_length or 4096, 4096)
         return self.tensor_bytes + self.kv_cache_bytes(n_ctx)
 
+    def layout(self) -> dict:
+        """What the runtime's offload planner needs (runtime.fit.ModelLayout)."""
+        keys = ("n_layers", "layer_bytes", "other_bytes", "n_heads_kv", "head_dim_k", "head_dim_v", "n_embd",
+                "n_vocab", "context_length")
+        return {k: getattr(self, k) for k in keys}
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["ram_bytes_default_ctx"] = self.ram_bytes()

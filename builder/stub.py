@@ -87,8 +87,10 @@ def stub_key() -> str:
     return h.hexdigest()[:16]
 
 
-def stub_name(tag: str) -> str:
-    return f"furoshiki-runtime-{tag}" + (".exe" if tag.startswith("windows") else "")
+def stub_name(tag: str, variant: str = "") -> str:
+    """furoshiki-runtime-<platform>[-<variant>][.exe], the release asset name too."""
+    suffix = ".exe" if tag.startswith("windows") else ""
+    return f"furoshiki-runtime-{tag}" + (f"-{variant}" if variant else "") + suffix
 
 
 def _sha256(path: Path) -> str:
@@ -99,10 +101,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_stub(force: bool = False, log=print) -> StubInfo:
-    """Return the host's stub, building it with PyInstaller if the cache has none for these inputs."""
+def build_stub(force: bool = False, log=print, variant: str = "") -> StubInfo:
+    """Return the host's stub, building it with PyInstaller if the cache has none for these inputs.
+
+    `variant` ("cuda") only names the stub: which GPU modules it carries is
+    decided by the llama.cpp libraries installed under llama_cpp/lib.
+    """
     tag, key = platform_tag(), stub_key()
-    folder = cache_root() / "stubs" / f"{tag}-{key}"
+    folder = cache_root() / "stubs" / f"{tag}{'-' + variant if variant else ''}-{key}"
     meta = folder / "stub.json"
     if meta.is_file() and not force:
         info = StubInfo(**json.loads(meta.read_text()))
@@ -110,9 +116,9 @@ def build_stub(force: bool = False, log=print) -> StubInfo:
             return info
     log(f"building the {tag} runtime stub with PyInstaller (about a minute; cached afterwards) …")
     t0 = time.perf_counter()
-    name = stub_name(tag)
+    name = stub_name(tag, variant)
     with tempfile.TemporaryDirectory(prefix="furoshiki-stub-") as tmp:
-        env = {**os.environ, "FUROSHIKI_STUB_NAME": Path(name).stem}
+        env = {**os.environ, "FUROSHIKI_STUB_NAME": name.removesuffix(".exe")}
         cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
                "--distpath", f"{tmp}/dist", "--workpath", f"{tmp}/work", str(SPEC)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)

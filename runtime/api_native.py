@@ -116,6 +116,7 @@ def props() -> Response:
             "version": __version__, "title": config.title, "n_params": info.n_params, "n_vocab": info.n_vocab,
             "n_ctx_train": info.n_ctx_train, "size": info.size_bytes, "embeddings": info.embeddings,
             "system_info": info.system_info, "api_key_required": bool(config.api_key),
+            "hardware": config.hardware,
         },
     })
 

@@ -74,6 +74,10 @@ def _bind(app, server_config: ServerConfig, max_queue: int, port_fixed: bool):
 @click.option("--ctx-size", "-c", default=DEFAULT_CTX, show_default=True, type=click.IntRange(16, 1 << 22),
               help="Context size in tokens.")
 @click.option("--threads", "-t", type=click.IntRange(1, 1024), help="CPU threads [default: physical cores].")
+@click.option("--gpu", type=click.Choice(["auto", "cpu", "cuda", "vulkan", "metal"]), default="auto",
+              show_default=True, help="Which GPU backend to use; cpu uses none.")
+@click.option("--gpu-layers", type=click.IntRange(0), metavar="N",
+              help="Layers to offload, overriding the automatic fit to free GPU memory.")
 @click.option("--no-browser", is_flag=True, help="Do not open the chat page in a browser.")
 @click.option("--api-key", envvar=API_KEY_ENV, show_envvar=True,
               help="Require this key (Authorization: Bearer KEY) on every endpoint but /health and the page.")
@@ -94,32 +98,39 @@ def _bind(app, server_config: ServerConfig, max_queue: int, port_fixed: bool):
 @click.version_option(__version__, prog_name="furoshiki")
 @click.pass_context
 def serve(ctx: click.Context, model_path: str | None, host: str, port: int, ctx_size: int, threads: int | None,
-          no_browser: bool, api_key: str | None, max_queue: int, cors_origins: tuple[str, ...],
-          public_without_key: bool, embeddings: bool, title: str | None, verbose: bool, show_info: bool,
-          as_json: bool, verify: bool, extract_model: str | None) -> None:
+          gpu: str, gpu_layers: int | None, no_browser: bool, api_key: str | None, max_queue: int,
+          cors_origins: tuple[str, ...], public_without_key: bool, embeddings: bool, title: str | None,
+          verbose: bool, show_info: bool, as_json: bool, verify: bool, extract_model: str | None) -> None:
     """Serve a GGUF model: an OpenAI-compatible API and a chat page, on this machine only by default."""
     _setup_logging(verbose)
     embedded: packed.Embedded = ctx.obj
     if show_info or verify or extract_model:
-        _packed_action(embedded, show_info, as_json, verify, extract_model)
+        _packed_action(embedded, show_info, as_json, verify, extract_model, (gpu, gpu_layers, ctx_size, threads))
         return
     from runtime.app import create_app
-    from runtime.engine import Engine
+    from runtime.engine import Engine, default_threads
+    from runtime.placement import place
 
     source = embedded.model_source(model_path)
     if not os.path.isfile(source.path):
         raise ConfigError(f"model file not found: {source.path}")
     _check_exposure(host, api_key, public_without_key)
+    threads = threads or default_threads()
+    placement = place(source, embedded.manifest, gpu, gpu_layers, ctx_size, threads, verbose)
+    plan = placement.plan
     for origin in cors_origins:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             raise ConfigError(f"--cors-origin {origin!r} must look like http://host:port (no path)")
 
-    engine = Engine(EngineConfig(model_path=source.path, model_offset=source.offset, model_length=source.length,
-                                 ctx_size=ctx_size, threads=threads, max_queue=max_queue, embeddings=embeddings,
-                                 verbose=verbose))
+    engine = Engine(EngineConfig(
+        model_path=source.path, model_offset=source.offset, model_length=source.length, ctx_size=plan.ctx,
+        threads=threads, max_queue=max_queue, embeddings=embeddings, verbose=verbose, gpu=gpu,
+        n_gpu_layers=plan.n_gpu_layers, devices=tuple(plan.devices) or None,
+        tensor_split=tuple(plan.tensor_split) if plan.tensor_split else None))
     server_config = ServerConfig(host=host, port=port, api_key=api_key, cors_origins=cors_origins, title=title,
-                                 defaults=embedded.manifest.get("defaults", {}))
+                                 defaults=embedded.manifest.get("defaults", {}), hardware=placement.to_dict())
     log.info("model: %s", source.describe())
+    log.info("%s", placement.summary)
     port_fixed = ctx.get_parameter_source("port") != click.core.ParameterSource.DEFAULT
     # The app only reads the config for the page and guards, so bind first and
     # rebuild it with the port that was actually free.
@@ -129,10 +140,17 @@ def serve(ctx: click.Context, model_path: str | None, host: str, port: int, ctx_
 
 
 def _packed_action(embedded: packed.Embedded, show_info: bool, as_json: bool, verify: bool,
-                   extract_model: str | None) -> None:
+                   extract_model: str | None, placing: tuple) -> None:
     payload = embedded.payload()
     if show_info:
+        from runtime.engine import default_threads
+        from runtime.placement import place
+
+        gpu, gpu_layers, ctx_size, threads = placing
+        threads = threads or default_threads()
         data = packed.info(embedded)
+        data["hardware"] = place(embedded.model_source(None), embedded.manifest, gpu, gpu_layers, ctx_size,
+                                 threads).to_dict()
         click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else packed.format_info(data))
     if verify:
         with _progress(payload.length, "verifying") as bar:
@@ -185,6 +203,10 @@ def _manifest_defaults(manifest: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from runtime import hardware
+
+    if os.environ.get(hardware.PROBE_ENV):  # this process is the GPU probe child
+        hardware.probe_main()
     exe = packed.current_executable()
     prog = os.path.basename(sys.executable) if getattr(sys, "frozen", False) else "python -m runtime"
     try:

@@ -19,6 +19,10 @@ class EngineConfig:
     # A GGUF inside a larger file (a packed executable): where it starts and how long it is.
     model_offset: int | None = None
     model_length: int | None = None
+    gpu: str = "auto"                         # auto | cpu | cuda | vulkan | metal
+    n_gpu_layers: int = 0
+    devices: tuple[str, ...] | None = None    # ggml device names to offload to (None: llama.cpp's choice)
+    tensor_split: tuple[float, ...] | None = None
     ctx_size: int = DEFAULT_CTX
     threads: int | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
@@ -36,6 +40,8 @@ class ServerConfig:
     title: str | None = None
     # Defaults the chat page starts with; a packed executable's manifest sets them.
     defaults: dict = field(default_factory=dict)
+    # What hardware was found and how the model was placed (shown in /props and on the page).
+    hardware: dict = field(default_factory=dict)
 
     @property
     def is_loopback(self) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 import jinja2
 
+from runtime import hardware
 from runtime.config import EngineConfig
 from runtime.errors import (
     APIError,
@@ -176,11 +177,22 @@ class Engine:
             raise ModelLoadError(f"model file not found: {path}")
         threads = self.config.threads or default_threads()
         t0 = time.perf_counter()
+        # Backends are loadable modules: without this, llama.cpp has no CPU backend at all.
+        hardware.load_backends(gpu=self.config.gpu, verbose=self.config.verbose)
+        gpu_kwargs = {}
+        if self.config.n_gpu_layers:
+            gpu_kwargs = {"n_gpu_layers": self.config.n_gpu_layers,
+                          "devices": list(self.config.devices) if self.config.devices else None}
+            if self.config.tensor_split:
+                gpu_kwargs["tensor_split"] = list(self.config.tensor_split)
         try:
             llm = CancellableLlama(
+                **gpu_kwargs,
                 model_path=path,
                 model_offset=self.config.model_offset,
                 n_ctx=self.config.ctx_size,
+                n_batch=2048,  # llama-server's default: long prompts in fewer, larger decodes
+                n_ubatch=512,
                 n_threads=threads,
                 n_threads_batch=threads,
                 embedding=self.config.embeddings,

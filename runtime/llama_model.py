@@ -123,26 +123,57 @@ class _EmbeddedModel(internals.LlamaModel):
 _load_lock = threading.Lock()
 
 
+def _device_array(names: list[str]):
+    """A NULL-terminated ggml_backend_dev_t[] of the named devices, for llama_model_params.devices."""
+    from runtime.hardware import _ggml, lib_dir
+
+    lib = _ggml(lib_dir())
+    by_name = {}
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        by_name[lib.ggml_backend_dev_name(dev).decode()] = dev
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"unknown device {missing[0]!r}; available: {', '.join(by_name)}")
+    return (ctypes.c_void_p * (len(names) + 1))(*[by_name[n] for n in names], None)
+
+
 @contextlib.contextmanager
-def _models_from_offset(offset: int) -> Iterator[None]:
-    """While Llama.__init__ runs, make it build its model from (path, offset)."""
+def _custom_model_load(offset: int | None, devices: list[str] | None) -> Iterator[None]:
+    """While Llama.__init__ runs, build its model from (path, offset) and/or on chosen devices only,
+    and its context with flash attention on "auto", as llama-server does (llama-cpp-python can only
+    force it on, which fails where a backend lacks it, or off, which costs ~20% on the CPU)."""
     original = internals.LlamaModel
+    original_context = internals.LlamaContext
+
+    def context_factory(**kw):
+        kw["params"].flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        return original_context(**kw)
+
+    def factory(**kw):
+        keep = None
+        if devices is not None:
+            keep = _device_array(devices)
+            kw["params"].devices = ctypes.cast(keep, ctypes.c_void_p)
+        model = original(**kw) if offset is None else _EmbeddedModel(**kw, offset=offset)
+        model._device_array = keep  # llama.cpp copies the list at load; keep it alive until then anyway
+        return model
+
     with _load_lock:
-        internals.LlamaModel = lambda **kw: _EmbeddedModel(**kw, offset=offset)
+        internals.LlamaModel = factory
+        internals.LlamaContext = context_factory
         try:
             yield
         finally:
             internals.LlamaModel = original
+            internals.LlamaContext = original_context
 
 
 class CancellableLlama(llama_cpp.Llama):
     token_hook: TokenHook | None = None
 
-    def __init__(self, *args, model_offset: int | None = None, **kwargs):
-        if model_offset is None:
-            super().__init__(*args, **kwargs)
-            return
-        with _models_from_offset(model_offset):
+    def __init__(self, *args, model_offset: int | None = None, devices: list[str] | None = None, **kwargs):
+        with _custom_model_load(model_offset, devices):
             super().__init__(*args, **kwargs)
 
     def eval(self, tokens: Sequence[int]) -> None:

@@ -118,4 +118,12 @@ def format_info(data: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in sorted(data["built_with"].items())),
         "  runtime    " + ", ".join(f"{k} {v}" for k, v in sorted(data["runtime"].items())),
     ]
+    hw = data.get("hardware")
+    if hw:
+        lines.append(f"  hardware   {hw['summary']}")
+        for d in hw["devices"]:
+            lines.append(f"             {d['name']:<9} {d['kind']:<5} {d['description']}  "
+                         f"{d['free'] / 2**30:.1f} of {d['total'] / 2**30:.1f} GiB free")
+        if hw.get("probe_error"):
+            lines.append(f"             GPU probe failed: {hw['probe_error']}")
     return "\n".join(lines)

@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
 # Set up a development environment from nothing: system packages, a virtualenv
-# in .venv, llama-cpp-python built once and cached outside the checkout, and
+# in .venv, llama.cpp built portably once (every x86 CPU variant as a loadable
+# module, plus Vulkan), the llama-cpp-python bindings on top of it, and
 # furoshiki itself in editable mode with its test extras.
 #
 #   bash scripts/bootstrap.sh          # idempotent; fast when already done
 #
-# FUROSHIKI_CACHE (default ~/.cache/furoshiki) holds the built wheel, keyed by
-# the llama-cpp-python version and the CMake flags, so a fresh clone on the
-# same machine skips the ~8 minute compile.
+# FUROSHIKI_CACHE (default ~/.cache/furoshiki) holds the llama.cpp build and the
+# bindings wheel, keyed by version and flags, so a fresh clone on the same
+# machine skips the compile. FUROSHIKI_VULKAN=0 skips the Vulkan module
+# (a shorter first build; GPUs then go unused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_VERSION=0.3.36
-# GGML_NATIVE=OFF: never bake this machine's -march=native into the library;
-# LLAVA_BUILD=OFF: multimodal is not used, and skipping it saves build time.
-LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+# The bindings only: llama.cpp itself comes from builder/native.py, built portably.
+BINDINGS_CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF"
 CACHE="${FUROSHIKI_CACHE:-$HOME/.cache/furoshiki}"
+VULKAN="${FUROSHIKI_VULKAN:-1}"
 
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v ccache >/dev/null || need_apt+=(ccache)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v objcopy >/dev/null || need_apt+=(binutils)   # readelf/objcopy: stub format tests
+if [ "$VULKAN" = 1 ]; then
+    command -v glslc >/dev/null || need_apt+=(glslc)
+    ldconfig -p | grep -q 'libvulkan.so.1 ' || need_apt+=(libvulkan1)
+    # lavapipe: a CPU Vulkan device, so the Vulkan path is tested without a GPU
+    ls /usr/lib/*/libvulkan_lvp.so >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+fi
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
@@ -36,16 +44,22 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 
-key=$(printf '%s|%s|%s' "$LLAMA_CPP_VERSION" "$LLAMA_CMAKE_ARGS" "$(python -c 'import sys;print(sys.version_info[:2])')" | sha256sum | cut -c1-16)
+key=$(printf '%s|%s|%s' "$LLAMA_CPP_VERSION" "$BINDINGS_CMAKE_ARGS" "$(python -c 'import sys;print(sys.version_info[:2])')" | sha256sum | cut -c1-16)
 wheel_dir="$CACHE/wheels/llama-cpp-python-$key"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "bootstrap: building llama-cpp-python $LLAMA_CPP_VERSION (about 8 minutes on 2 cores, once)"
-    mkdir -p "$wheel_dir.tmp"
-    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-        python -m pip wheel -q --no-deps --no-binary llama-cpp-python \
+    echo "bootstrap: building the llama-cpp-python $LLAMA_CPP_VERSION bindings (no native code)"
+    rm -rf "$wheel_dir.tmp" && mkdir -p "$wheel_dir.tmp"
+    CMAKE_ARGS="$BINDINGS_CMAKE_ARGS" python -m pip wheel -q --no-deps --no-binary llama-cpp-python \
         -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_CPP_VERSION"
     rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir"
 fi
 python -m pip install -q "$wheel_dir"/llama_cpp_python-*.whl
+
+native_args=()
+[ "$VULKAN" = 1 ] && native_args+=(--gpu vulkan)
+lib_dir=$(python -m builder.native "${native_args[@]}" --print-lib-dir)
+pkg_lib=$(python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llama_cpp").origin).parent / "lib")')
+rm -rf "$pkg_lib" && mkdir -p "$pkg_lib" && cp -a "$lib_dir"/. "$pkg_lib"/
+
 python -m pip install -q -e ".[test]"
 echo "bootstrap: ready (activate with: . .venv/bin/activate)"

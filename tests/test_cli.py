@@ -46,7 +46,7 @@ def test_not_a_gguf(tmp_path):
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(os.urandom(4096))
     assert_one_line_error(run_cli("--model", str(junk), "--no-browser", "--port", str(free_port())),
-                          "could not load")
+                          "junk.gguf is not a GGUF file")
 
 
 def test_public_bind_without_key_is_refused(tiny_model):
