@@ -15,6 +15,7 @@ from runtime import __version__
 from runtime.errors import FuroshikiError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PLATFORMS = ["linux-x86_64", "linux-arm64", "windows-x86_64", "macos-arm64"]
 
 
 def _echo(msg: str) -> None:
@@ -68,16 +69,21 @@ def make_manifest(name: str, title: str | None, defaults: dict, card, source: st
 @click.option("--max-tokens", type=click.IntRange(1), help="Default max tokens of the chat page.")
 @click.option("--stub", "stub_path", type=click.Path(exists=True, dir_okay=False),
               help="Pack into this runtime stub instead of the host's (built and cached on demand).")
+@click.option("--platform", "platform_name", type=click.Choice(["host", *PLATFORMS, "all"]), default="host",
+              show_default=True, help="Which platform to build for; all: every stub found in --stubs-dir.")
+@click.option("--stubs-dir", type=click.Path(exists=True, file_okay=False),
+              help="Folder of release stubs (furoshiki-runtime-<platform>[.exe]) for --platform.")
 @click.option("--sidecar", is_flag=True, help="Keep the model as NAME.gguf beside the executable.")
 @click.version_option(__version__, prog_name="furoshiki build")
 @click.pass_context
 def cli(ctx: click.Context, model_path, hf_repo, quant, hf_file, revision, name, out, title, system_prompt,
-        ctx_size, port, temperature, max_tokens, stub_path, sidecar) -> None:
+        ctx_size, port, temperature, max_tokens, stub_path, platform_name, stubs_dir, sidecar) -> None:
     """Build one executable from a GGUF:
 
     \b
       python build.py --model model.gguf --name mymodel
       python build.py --hf owner/repo --quant Q4_K_M --name mymodel
+      python build.py --model m.gguf --name mymodel --platform all --stubs-dir stubs/
       python build.py inspect FILE [--json]
       python build.py stub [--list]
     """
@@ -94,8 +100,8 @@ def cli(ctx: click.Context, model_path, hf_repo, quant, hf_file, revision, name,
     if hf_repo is None and (quant or hf_file or revision):
         raise click.UsageError("--quant, --file and --revision go with --hf")
 
-    from builder import hub, pack, stub
-    from builder.gguf_facts import human_bytes, read_model_card
+    from builder import hub
+    from builder.gguf_facts import read_model_card
 
     if hf_repo:
         fetched = hub.download(hf_repo, quant=quant, filename=hf_file, revision=revision)
@@ -107,11 +113,49 @@ def cli(ctx: click.Context, model_path, hf_repo, quant, hf_file, revision, name,
     if ctx_size and card.context_length and ctx_size > card.context_length:
         _echo(f"note: --ctx-size {ctx_size} is more than the {card.context_length} the model was trained for")
 
+    targets = _stubs_for(platform_name, stub_path, stubs_dir)
+    defaults = {"system_prompt": system_prompt, "temperature": temperature, "ctx_size": ctx_size, "port": port,
+                "max_tokens": max_tokens}
+    several = len(targets) > 1
+    for platform_tag, (stub_file, stub_info) in targets.items():
+        folder = Path(out) / platform_tag if several else Path(out)
+        _pack_one(name, title, defaults, card, source, gguf, stub_file, stub_info, folder, sidecar, platform_tag)
+
+
+def _stubs_for(platform_name: str, stub_path: str | None, stubs_dir: str | None) -> dict:
+    """{platform: (stub file, provenance)} for this build."""
+    from builder import stub
+
     if stub_path:
-        stub_file, stub_info = Path(stub_path), {"origin": "given", "file": Path(stub_path).name}
-    else:
-        info = stub.build_stub(log=_echo)
-        stub_file, stub_info = Path(info.path), {"origin": "built here", "platform": info.platform, "key": info.key}
+        if platform_name == "all":
+            raise click.UsageError("--platform all takes its stubs from --stubs-dir, not --stub")
+        return {platform_name: (Path(stub_path), {"origin": "given", "file": Path(stub_path).name})}
+    wanted = PLATFORMS if platform_name == "all" else [stub.platform_tag() if platform_name == "host"
+                                                       else platform_name]
+    found = {}
+    for tag in wanted:
+        candidate = Path(stubs_dir) / stub.stub_name(tag) if stubs_dir else None
+        if candidate is not None and candidate.is_file():
+            found[tag] = (candidate, {"origin": "release stub", "file": candidate.name, "platform": tag})
+        elif tag == stub.platform_tag() and platform_name != "all":
+            info = stub.build_stub(log=_echo)
+            found[tag] = (Path(info.path), {"origin": "built here", "platform": info.platform, "key": info.key})
+        elif platform_name != "all":
+            where = f"in {stubs_dir}" if stubs_dir else "(pass --stubs-dir DIR)"
+            raise click.UsageError(f"no stub for {tag} {where}: download {stub.stub_name(tag)} from a furoshiki "
+                                   "release, or build it on that platform with `python build.py stub`")
+    if not found:
+        raise click.UsageError(f"no stubs named furoshiki-runtime-<platform> in {stubs_dir}")
+    missing = [t for t in wanted if t not in found]
+    if missing:
+        _echo(f"note: no stub in {stubs_dir} for {', '.join(missing)}; building the others")
+    return found
+
+
+def _pack_one(name, title, defaults, card, source, gguf, stub_file, stub_info, folder, sidecar, platform_tag):
+    from builder import pack
+    from builder.gguf_facts import human_bytes
+
     with open(stub_file, "rb") as f:
         kind = pack.stub_format(f.read(4))
     exe_name = name + ".exe" if kind == "pe" and not name.lower().endswith(".exe") else name
@@ -120,20 +164,29 @@ def cli(ctx: click.Context, model_path, hf_repo, quant, hf_file, revision, name,
         sidecar = True
         _echo(f"note: Windows refuses executables of 4 GiB or more, so the model goes beside it: "
               f"{exe_name} + {name}.gguf (ship both, in the same folder)")
-
-    defaults = {"system_prompt": system_prompt, "temperature": temperature, "ctx_size": ctx_size, "port": port,
-                "max_tokens": max_tokens}
+    if kind == "macho" and stub_file.stat().st_size + gguf_size + pack.EXE_MARGIN >= pack.WINDOWS_EXE_LIMIT:
+        raise FuroshikiError("macOS executables must stay under 4 GiB (32-bit Mach-O file offsets); "
+                             "pick a smaller quantisation for macOS")
     manifest = make_manifest(name, title, defaults, card, source, stub_info)
-    target = Path(out) / exe_name
-    with _progress(gguf_size, "packing") as bar:
+    target = folder / exe_name
+    with _progress(gguf_size, f"packing {platform_tag}") as bar:
         result = pack.pack(stub_file, gguf, target, manifest, sidecar=sidecar, progress=bar.update)
     size = target.stat().st_size
     _echo(f"built {target}: {human_bytes(size)} (stub {human_bytes(stub_file.stat().st_size)}, "
           f"model {human_bytes(gguf_size)}) in {result.seconds:.1f} s")
     if result.sidecar:
         _echo(f"      {result.sidecar}: the model, keep it next to {exe_name}")
+    for note in result.notes:
+        _echo(f"note: {note}")
     _echo(f"model sha256 {result.sha256}")
-    _echo(f"run it: {target if target.is_absolute() else './' + str(target)}")
+    if platform_tag in ("host", _host()):
+        _echo(f"run it: {target if target.is_absolute() else './' + str(target)}")
+
+
+def _host() -> str:
+    from builder.stub import platform_tag
+
+    return platform_tag()
 
 
 @cli.command()

@@ -13,6 +13,7 @@ import json
 import mmap
 import os
 import stat
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from builder import elf
+from builder import elf, macho, pe
 from runtime import payload as fmt
 from runtime.errors import FuroshikiError
 
@@ -42,6 +43,7 @@ class PackResult:
     sha256: str
     seconds: float
     stub_format: str
+    notes: tuple[str, ...] = ()
 
 
 def stub_format(head: bytes) -> str:
@@ -165,11 +167,17 @@ def _payload_writer(gguf: Path, manifest: dict, sidecar: Path | None, progress, 
     return write
 
 
-def _insert_before_archive(stub: BinaryIO, out: BinaryIO, write_payload, archive: fmt.Archive, size: int) -> None:
-    """PE: PyInstaller's archive is the overlay; bytes before it need no header change."""
-    elf._copy(stub, out, 0, archive.start)
-    write_payload(out)
-    elf._copy(stub, out, archive.start, size - archive.start)
+def _thin_macho(stub: Path, work: Path) -> Path:
+    """The arm64 slice of a universal macOS stub, as a file of its own."""
+    with open(stub, "rb") as f:
+        head = f.read(4096)
+        if struct.unpack(">I", head[:4])[0] != macho.FAT_MAGIC:
+            return stub
+        offset, size = macho.thin_arm64(head, f)
+        thin = work / (stub.name + ".arm64")
+        with open(thin, "wb") as out:
+            macho._copy(f, out, size, offset)
+    return thin
 
 
 def pack(stub: Path, gguf: Path, out: Path, manifest: dict, *, sidecar: bool = False,
@@ -180,9 +188,8 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict, *, sidecar: bool = F
     size = stub.stat().st_size
     with open(stub, "rb") as f:
         kind = stub_format(f.read(4))
-        archive = fmt.find_archive(f, size)
-    if kind == "macho":
-        raise PackError("packing macOS stubs is not supported yet")
+        # A universal macOS stub is thinned first; its archive is found in the arm64 slice.
+        archive = None if kind == "macho" else fmt.find_archive(f, size)
     if kind == "pe" and not sidecar and size + gguf.stat().st_size + EXE_MARGIN >= WINDOWS_EXE_LIMIT:
         raise PackError("internal: the caller must choose sidecar mode for Windows builds of 4 GiB or more")
 
@@ -191,13 +198,35 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict, *, sidecar: bool = F
     tmp = out.with_name(out.name + ".part")
     side_tmp = side.with_name(side.name + ".part") if side else None
     result: dict = {}
+    notes: list[str] = []
     try:
         writer = _payload_writer(gguf, manifest, side_tmp, progress, result)
-        with open(stub, "rb") as src, open(tmp, "wb") as dst:
+        source = stub
+        if kind == "macho":
+            source = _thin_macho(stub, out.parent)
+            if source != stub:
+                notes.append("took the arm64 slice of the universal macOS stub")
+            with open(source, "rb") as f:
+                archive = fmt.find_archive(f, source.stat().st_size)
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
             if kind == "elf":
                 elf.insert_section(src, dst, writer, archive.start)
+            elif kind == "pe":
+                if pe.insert_before_archive(src, dst, writer, archive.start, size):
+                    notes.append(f"the stub's Authenticode signature was removed (it covers the model too): "
+                                 f"sign {out.name} again before handing it out")
             else:
-                _insert_before_archive(src, dst, writer, archive, size)
+                macho.insert_before_archive(src, dst, writer, archive.start, archive.end)
+        if source != stub:
+            source.unlink()
+        if kind == "pe":
+            pe.fix_checksum(tmp)
+            notes.append(f"{out.name} is not Authenticode-signed: Windows SmartScreen and antivirus may warn "
+                         "until it is (signtool sign ...)")
+        elif kind == "macho":
+            signer = macho.sign_adhoc(tmp, manifest.get("name") or out.name)
+            notes.append(f"signed ad hoc with {signer}: it runs, but Gatekeeper asks users to allow it "
+                         "(right-click > Open) unless it is signed with a Developer ID and notarised")
         os.chmod(tmp, os.stat(stub).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
         for path in (tmp, side_tmp):
@@ -212,7 +241,7 @@ def pack(stub: Path, gguf: Path, out: Path, manifest: dict, *, sidecar: bool = F
                 path.unlink()
     fmt.read_payload(out)  # what we wrote must read back
     return PackResult(out, side, result["offset"], gguf.stat().st_size, result["sha256"],
-                      time.perf_counter() - t0, kind)
+                      time.perf_counter() - t0, kind, tuple(notes))
 
 
 def needs_sidecar_for_windows(stub_size: int, gguf_size: int) -> bool:

