@@ -25,6 +25,8 @@ command -v ccache >/dev/null || need_apt+=(ccache)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v objcopy >/dev/null || need_apt+=(binutils)   # readelf/objcopy: stub format tests
 command -v aarch64-linux-gnu-objcopy >/dev/null || need_apt+=(binutils-aarch64-linux-gnu)  # linux-arm64 stubs
+# wine runs PyInstaller's real Windows bootloader on packed .exe files in the tests
+[ "$(uname -m)" = x86_64 ] && { [ -x /usr/lib/wine/wine64 ] || need_apt+=(wine64); }
 if [ "$VULKAN" = 1 ]; then
     command -v glslc >/dev/null || need_apt+=(glslc)
     ldconfig -p | grep -q 'libvulkan.so.1 ' || need_apt+=(libvulkan1)

@@ -196,3 +196,33 @@ def test_windows_build_past_4_gib_switches_to_a_sidecar(tmp_path):
     p = read_payload(exe)
     assert p.trailer.sidecar and p.model_path == side
     assert pefile.PE(str(exe)).verify_checksum()
+
+
+WINE = Path("/usr/lib/wine/wine64")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not WINE.exists(), reason="wine64 is not installed (scripts/bootstrap.sh installs it)")
+def test_windows_bootloader_under_wine_still_finds_its_archive(tiny_model, tmp_path):
+    """PyInstaller's real Windows bootloader, run by wine on the packed .exe.
+
+    The minimal stub holds no Python, so the bootloader stops at loading the
+    Python DLL; where it looks for it shows whether it found and unpacked its
+    archive (into _MEI...) or gave up on it (beside the .exe).
+    """
+    packed = pack(make_pe_stub(tmp_path / "stub", signed=True), tiny_model, tmp_path / "m.exe", MANIFEST).executable
+    broken = tmp_path / "broken.exe"
+    data = bytearray(packed.read_bytes())
+    cookie = data.rfind(b"MEI\x0c\x0b\x0a\x0b\x0e")
+    data[cookie + 8:cookie + 12] = b"\x7f\xff\xff\xff"   # an archive length that points nowhere
+    broken.write_bytes(bytes(data))
+    env = {"WINEPREFIX": str(tmp_path / "wine"), "WINEDEBUG": "-all", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+
+    def bootloader_says(exe: Path) -> str:
+        run = subprocess.run([str(WINE), str(exe)], capture_output=True, text=True, env=env, timeout=300)
+        return run.stdout + run.stderr
+
+    good = bootloader_says(packed)
+    assert "Failed to load Python DLL" in good and "_MEI" in good, good
+    bad = bootloader_says(broken)
+    assert "_MEI" not in bad, bad
