@@ -56,6 +56,16 @@ def stub_format(head: bytes) -> str:
     raise PackError("the stub is not an executable furoshiki knows (ELF, PE or Mach-O)")
 
 
+# sha256 per (device, inode, size, mtime): `--platform all` packs one GGUF four times and
+# SHA-256 (one core, ~1.6 GB/s) is slower than the kernel's copy; hash it once per run.
+_known_digests: dict[tuple[int, int, int, int], bytes] = {}
+
+
+def _file_key(f: BinaryIO) -> tuple[int, int, int, int]:
+    st = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def copy_hashing(src: BinaryIO, dst: BinaryIO | None, length: int,
                  progress: Callable[[int], None] | None = None) -> bytes:
     """Copy `length` bytes from src's position to dst's, and return their sha256.
@@ -65,13 +75,22 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO | None, length: int,
     cores packing costs about what cp costs. Elsewhere (no copy_file_range),
     chunks are read once and hashed on the second thread while being written.
     """
+    key = _file_key(src) if src.tell() == 0 and length == os.fstat(src.fileno()).st_size else None
+    known = _known_digests.get(key) if key else None
+    copied, digest = False, None
     if dst is not None and hasattr(os, "copy_file_range"):
         try:
-            return _copy_in_kernel(src, dst, length, progress)
+            digest = _copy_in_kernel(src, dst, length, progress, hash_it=known is None)
+            copied = True
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-    return _copy_in_python(src, dst, length, progress)
+    if not copied:
+        digest = _copy_in_python(src, dst, length, progress)
+    digest = known or digest
+    if key:
+        _known_digests[key] = digest
+    return digest
 
 
 def _hash_mapped(fd: int, offset: int, length: int) -> bytes:
@@ -85,13 +104,13 @@ def _hash_mapped(fd: int, offset: int, length: int) -> bytes:
     return digest.digest()
 
 
-def _copy_in_kernel(src: BinaryIO, dst: BinaryIO, length: int, progress) -> bytes:
+def _copy_in_kernel(src: BinaryIO, dst: BinaryIO, length: int, progress, hash_it: bool = True) -> bytes | None:
     dst.flush()
     src_off, dst_off = src.tell(), dst.tell()
     if os.fstat(src.fileno()).st_size < src_off + length:
         raise PackError("the GGUF is shorter than it was a moment ago; was it modified while packing?")
     with ThreadPoolExecutor(max_workers=1) as hasher:
-        digest = hasher.submit(_hash_mapped, src.fileno(), src_off, length)
+        digest = hasher.submit(_hash_mapped, src.fileno(), src_off, length) if hash_it else None
         done = 0
         try:
             while done < length:
@@ -109,9 +128,10 @@ def _copy_in_kernel(src: BinaryIO, dst: BinaryIO, length: int, progress) -> byte
                 _copy_in_python(src, dst, length - done, progress)
                 done = length
             else:
-                digest.cancel()
+                if digest is not None:
+                    digest.cancel()
                 raise
-        result = digest.result()
+        result = digest.result() if digest is not None else None
     src.seek(src_off + length)
     dst.seek(dst_off + length)
     return result
