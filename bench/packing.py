@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import gguf
 import numpy as np
 import requests
 
+from bench.common import free_port, wait_healthy
 from builder.pack import pack
 from builder.stub import build_stub
 from tests.tiny_gguf import TinyModelSpec, write_tiny_gguf
@@ -93,28 +93,14 @@ def bench_pack(stub: Path, work: Path, reps: int) -> dict:
             "ratio_cached": med["pack_cached"] / med["cp_cached"]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(cmd: list[str], env: dict) -> dict:
     port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen([*cmd, "--port", str(port), "--no-browser"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read())
-        time.sleep(0.01)
-    ready = time.perf_counter() - t0
+    wait_healthy(proc, port)
+    ready = time.perf_counter() - t0  # from before the process was started
     requests.post(url + "/v1/chat/completions", timeout=120, json={
         "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16})
     pids = [proc.pid] + [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]

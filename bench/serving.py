@@ -28,31 +28,19 @@ from pathlib import Path
 
 import requests
 
+from bench.common import free_port, wait_healthy
 from tests.tiny_gguf import TinyModelSpec, write_tiny_gguf
 
 RESULTS = Path(__file__).parent / "results"
 NO_EOS = {"4": -100}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: Path, port: int, threads: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "--model", str(model), "--port", str(port),
                              "--threads", str(threads), "--ctx-size", "4096", "--no-browser"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(proc.stderr.read())
+    wait_healthy(proc, port)
+    return proc
 
 
 def stream_chat(url: str, messages: list, max_tokens: int) -> tuple[float, str, dict]:

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from bench.common import free_port, wait_healthy
 from builder.native import build as native_build
 from tests.tiny_gguf import TinyModelSpec, write_tiny_gguf
 
@@ -33,26 +33,10 @@ RESULTS = Path(__file__).parent / "results"
 WORDS = "the quick brown fox jumps over the lazy dog while furoshiki wraps a gift for a friend "
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(cmd: list[str], port: int, env: dict) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read())
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    wait_healthy(proc, port)
+    return proc
 
 
 def completion(url: str, prompt: str, n_predict: int) -> dict:

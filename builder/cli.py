@@ -237,17 +237,6 @@ def stub_command(list_only: bool, force: bool, variant: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cli.main(args=argv, prog_name="python build.py", standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except FuroshikiError as exc:
-        if os.environ.get("FUROSHIKI_DEBUG"):
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    from runtime.cli import run_reporting_errors
+
+    run_reporting_errors(lambda: cli.main(args=argv, prog_name="python build.py", standalone_mode=False))

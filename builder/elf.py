@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
+from builder.fileio import copy_range
 from runtime.errors import FuroshikiError
 
 SECTION_NAME = b"furoshiki"
@@ -96,16 +97,6 @@ def read_layout(f: BinaryIO) -> ElfLayout:
     return ElfLayout(header, sections, shstrndx, names.index(b"pydata"))
 
 
-def _copy(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
-    src.seek(offset)
-    while length:
-        chunk = src.read(min(length, 8 << 20))
-        if not chunk:
-            raise ElfError("the stub ended early")
-        dst.write(chunk)
-        length -= len(chunk)
-
-
 def insert_section(stub: BinaryIO, out: BinaryIO, write_payload, archive_start: int) -> int:
     """Write `stub` to `out` with a new section before pydata, filled by `write_payload(out)`.
 
@@ -120,7 +111,7 @@ def insert_section(stub: BinaryIO, out: BinaryIO, write_payload, archive_start: 
     if any(s.flags & SHF_ALLOC for s in after):
         raise ElfError("loadable sections follow 'pydata'; this stub layout is not supported")
 
-    _copy(stub, out, 0, pydata.offset)
+    copy_range(stub, out, pydata.offset, 0)
     section_start = out.tell()
     write_payload(out)
     section_size = out.tell() - section_start
@@ -135,7 +126,7 @@ def insert_section(stub: BinaryIO, out: BinaryIO, write_payload, archive_start: 
         if index == layout.shstrndx:
             continue  # written last, with the new name appended
         new_offset = out.tell()
-        _copy(stub, out, sec.offset, sec.size)
+        copy_range(stub, out, sec.size, sec.offset)
         sections[index] = replace(sec, offset=new_offset)
     stub.seek(strtab.offset)
     names = stub.read(strtab.size)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from builder.fileio import copy_range
 from runtime.errors import FuroshikiError
 
 MH_MAGIC_64 = 0xFEEDFACF
@@ -108,27 +109,16 @@ def insert_before_archive(stub: BinaryIO, out: BinaryIO, write_payload: Callable
         raise MachOError("PyInstaller's archive is not inside __LINKEDIT")
     out.write(c.raw)
     stub.seek(base + len(c.raw))
-    _copy(stub, out, archive_start - len(c.raw))
+    copy_range(stub, out, archive_start - len(c.raw))
     write_payload(out)
     inserted = out.tell() - archive_start
-    _copy(stub, out, end - archive_start, base + archive_start)
+    copy_range(stub, out, end - archive_start, base + archive_start)
     new_size = filesize + (end - (fileoff + filesize)) + inserted
     SEGMENT.pack_into(c.raw, c.linkedit_offset, LC_SEGMENT_64, SEGMENT.size + 80 * nsects, name, vmaddr,
                       -(-new_size // PAGE) * PAGE, fileoff, new_size, maxprot, initprot, nsects, flags)
     out.seek(0)
     out.write(c.raw)
     out.seek(0, 2)
-
-
-def _copy(src: BinaryIO, dst: BinaryIO, length: int, offset: int | None = None) -> None:
-    if offset is not None:
-        src.seek(offset)
-    while length:
-        chunk = src.read(min(length, 16 << 20))
-        if not chunk:
-            raise MachOError("the stub ended early")
-        dst.write(chunk)
-        length -= len(chunk)
 
 
 def strip_signature(path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from builder import elf, macho, pe
+from builder.fileio import copy_range
 from runtime import payload as fmt
 from runtime.errors import FuroshikiError
 
@@ -196,7 +197,7 @@ def _thin_macho(stub: Path, work: Path) -> Path:
         offset, size = macho.thin_arm64(head, f)
         thin = work / (stub.name + ".arm64")
         with open(thin, "wb") as out:
-            macho._copy(f, out, size, offset)
+            copy_range(f, out, size, offset)
     return thin
 
 

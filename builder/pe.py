@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from builder.fileio import copy_range
 from runtime.errors import FuroshikiError
 
 SECURITY_DIRECTORY = 4   # IMAGE_DIRECTORY_ENTRY_SECURITY
@@ -61,16 +62,6 @@ def read_layout(f: BinaryIO, size: int) -> PELayout:
     return PELayout(checksum_offset, security_entry_offset, cert_offset, cert_size, last)
 
 
-def copy(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
-    src.seek(offset)
-    while length:
-        chunk = src.read(min(CHUNK, length))
-        if not chunk:
-            raise PEError("the stub ended early")
-        dst.write(chunk)
-        length -= len(chunk)
-
-
 def insert_before_archive(stub: BinaryIO, out: BinaryIO, write_payload: Callable[[BinaryIO], None],
                           archive_start: int, size: int) -> bool:
     """Write `stub` to `out` with the payload before the archive; return True if a signature was removed."""
@@ -78,9 +69,9 @@ def insert_before_archive(stub: BinaryIO, out: BinaryIO, write_payload: Callable
     if archive_start < layout.overlay_start:
         raise PEError("PyInstaller's archive is not in the overlay; not a PyInstaller onefile stub")
     end = layout.cert_offset if layout.cert_size else size
-    copy(stub, out, 0, archive_start)
+    copy_range(stub, out, archive_start, 0)
     write_payload(out)
-    copy(stub, out, archive_start, end - archive_start)
+    copy_range(stub, out, end - archive_start, archive_start)
     if layout.cert_size:
         out.seek(layout.security_entry_offset)
         out.write(b"\0" * 8)   # no certificate table any more

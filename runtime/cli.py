@@ -209,17 +209,31 @@ def main(argv: list[str] | None = None) -> None:
         hardware.probe_main()
     exe = packed.current_executable()
     prog = os.path.basename(sys.executable) if getattr(sys, "frozen", False) else "python -m runtime"
-    try:
+
+    def invoke():
         embedded = packed.Embedded(exe)
-        serve.main(args=argv, prog_name=prog, standalone_mode=False, obj=embedded,
+        return serve.main(args=argv, prog_name=prog, standalone_mode=False, obj=embedded,
                    default_map=_manifest_defaults(embedded.manifest))
+
+    run_reporting_errors(invoke)
+
+
+def run_reporting_errors(invoke) -> None:
+    """Run a click command; furoshiki's errors become one line and exit status 2 (FUROSHIKI_DEBUG=1:
+    the traceback)."""
+    try:
+        code = invoke()
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except FuroshikiError as exc:
         if os.environ.get("FUROSHIKI_DEBUG"):
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -90,6 +90,21 @@ def idle_server(server) -> LiveServer:
     return server
 
 
+def wait_healthy(proc, url: str, timeout: float = 60) -> None:
+    """Poll {url}/health until 200; fail with the server's stderr if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server did not become healthy: {proc.communicate()[1]}")
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

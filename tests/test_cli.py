@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -65,15 +64,7 @@ def test_serves_then_stops_cleanly_on_signal(tiny_model, sig):
                              "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-            time.sleep(0.1)
+        wait_healthy(proc, url, timeout=30)
         reply = requests.post(url + "/v1/chat/completions", timeout=30,
                               json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert reply.status_code == 200

@@ -12,14 +12,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from runtime.hardware import cpu_variant_files, lib_dir, probe_in_child
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 LIB = lib_dir()
@@ -36,17 +35,8 @@ def serve(model: Path, *args: str, env: dict | None = None, timeout: float = 120
                              "--no-browser", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(proc.communicate()[1])
-        time.sleep(0.2)
+    wait_healthy(proc, url, timeout)
+    return proc, url
 
 
 def finish(proc: subprocess.Popen) -> str:

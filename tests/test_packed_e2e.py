@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from runtime.payload import read_payload
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -68,17 +68,8 @@ def start(place: dict, *args: str) -> tuple[subprocess.Popen, str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=place["env"],
                             cwd=place["run"])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(proc.communicate()[1])
-        time.sleep(0.1)
+    wait_healthy(proc, url)
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> str:
