@@ -39,6 +39,12 @@ def page(browser, idle_server):
     assert not errors, errors
 
 
+def set_max_tokens(page: Page, n: int) -> None:
+    page.click("#settings-open")
+    page.fill("#max-tokens", str(n))
+    page.click("#settings button[value=close]")
+
+
 def long_generations(page: Page) -> None:
     """Keep the random-weight model from ending its turn, so Stop has something to stop."""
     def route(r):
@@ -52,9 +58,7 @@ def test_japanese_ui_streams_stops_and_survives_reload(page, idle_server):
     expect(page.locator("#send")).to_have_text("送信")
     expect(page.locator("#model-name")).to_have_text("tiny-test-llama")
     long_generations(page)
-    page.click("#settings-open")
-    page.fill("#max-tokens", "3800")
-    page.click("#settings button[value=close]")
+    set_max_tokens(page, 3800)
 
     page.fill("#input", "日本語で自己紹介してください")
     page.press("#input", "Enter")
@@ -93,6 +97,7 @@ def test_enter_during_ime_composition_does_not_send(page):
 
 
 def test_regenerate_replaces_the_last_answer(page):
+    set_max_tokens(page, 24)  # a short answer: the random model may otherwise talk for 1024 tokens
     page.fill("#input", "hello")
     page.press("#input", "Enter")
     expect(page.locator(".msg.assistant .regenerate")).to_be_visible()
