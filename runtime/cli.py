@@ -173,9 +173,12 @@ def _progress(total: int, label: str):
 
 
 def run_until_interrupted(server, engine, server_config: ServerConfig, open_browser: bool) -> None:
-    # SIGTERM (service managers, `kill`) takes the same clean path as Ctrl-C.
+    # SIGTERM (service managers, `kill`) takes the same clean path as Ctrl-C. SIGINT is set too:
+    # a process started in the background by a shell inherits it as ignored, yet the log says
+    # "press Ctrl-C to stop".
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     server.start()
     log.info("loading %s …", engine.config.model_path)
     try:

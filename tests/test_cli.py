@@ -57,11 +57,17 @@ def test_port_in_use(tiny_model, server):
                           "already in use")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_serves_then_stops_cleanly_on_signal(tiny_model, sig):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a non-interactive shell does
+
+
+@pytest.mark.parametrize("sig, started_ignoring_sigint", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                                          (signal.SIGINT, True)])
+def test_serves_then_stops_cleanly_on_signal(tiny_model, sig, started_ignoring_sigint):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "--model", str(tiny_model), "--port", str(port),
-                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=_ignore_sigint if started_ignoring_sigint else None)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(proc, url, timeout=30)
