@@ -115,7 +115,6 @@ def insert_section(stub: BinaryIO, out: BinaryIO, write_payload, archive_start: 
     section_start = out.tell()
     write_payload(out)
     section_size = out.tell() - section_start
-    shift = section_size
 
     sections = list(layout.sections)
     strtab = layout.sections[layout.shstrndx]
@@ -135,7 +134,6 @@ def insert_section(stub: BinaryIO, out: BinaryIO, write_payload, archive_start: 
     out.write(names + SECTION_NAME + b"\0")
     sections[layout.shstrndx] = replace(strtab, offset=new_strtab_offset, size=len(names) + len(SECTION_NAME) + 1)
     sections.append(Section(SECTION_NAME, name_off, 1, 0, 0, section_start, section_size, 0, 0, 1, 0))
-    assert shift >= 0
 
     pad = (-out.tell()) % 8
     out.write(b"\0" * pad)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +105,25 @@ def wait_healthy(proc, url: str, timeout: float = 60) -> None:
             proc.kill()
             raise AssertionError(f"server did not become healthy: {proc.communicate()[1]}")
         time.sleep(0.1)
+
+
+def start_server(cmd: list[str], env: dict | None = None, cwd: Path | None = None,
+                 timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """Run `cmd --no-browser --port N` on a free loopback port; return it once /health is 200."""
+    port = free_port()
+    proc = subprocess.Popen([*cmd, "--no-browser", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(proc, url, timeout)
+    return proc, url
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """Ctrl-C the server; it must exit cleanly. Returns what it logged."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return err
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import requests
 
 from runtime.hardware import cpu_variant_files, lib_dir, probe_in_child
-from tests.conftest import free_port, wait_healthy
+from tests.conftest import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 LIB = lib_dir()
@@ -30,20 +29,8 @@ needs_vulkan = pytest.mark.skipif(not HAS_VULKAN or not list(Path("/usr/lib").gl
 
 
 def serve(model: Path, *args: str, env: dict | None = None, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime", "--model", str(model), "--port", str(port),
-                             "--no-browser", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(proc, url, timeout)
-    return proc, url
-
-
-def finish(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    return err
+    return start_server([sys.executable, "-m", "runtime", "--model", str(model), *args],
+                        env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def chat(url: str) -> dict:
@@ -74,7 +61,7 @@ def test_a_machine_with_only_the_oldest_variant_still_answers(tiny_model, tmp_pa
         hw = requests.get(url + "/props", timeout=5).json()["furoshiki"]["hardware"]
         assert hw["cpu_variant"] == "x64" and list(hw["cpu_variants"]) == ["x64"]
     finally:
-        err = finish(proc)
+        err = stop_server(proc)
     assert "CPU: x64" in err
 
 
@@ -89,7 +76,7 @@ def test_vulkan_on_lavapipe_offloads_every_layer(tiny_model):
         assert hw["plan"]["devices"] == ["Vulkan0"] and hw["plan"]["n_gpu_layers"] == 3
         assert any(d["name"] == "Vulkan0" and "llvmpipe" in d["description"] for d in hw["devices"])
     finally:
-        err = finish(proc)
+        err = stop_server(proc)
     assert 'GPU: Vulkan0 "llvmpipe' in err and "2/2 layers" in err
     assert "offloaded 3/3 layers to GPU" in err  # llama.cpp's own word that the layers went to Vulkan0
 
@@ -115,7 +102,7 @@ def test_a_broken_gpu_driver_cannot_stop_the_chat(tiny_model, tmp_path, failure,
         hw = requests.get(url + "/props", timeout=5).json()["furoshiki"]["hardware"]
         assert failure in hw["probe_error"] and hw["plan"]["n_gpu_layers"] == 0
     finally:
-        err = finish(proc)
+        err = stop_server(proc)
     warnings = [line for line in err.splitlines() if "GPU probe" in line]
     assert len(warnings) == 1 and "using the CPU only" in warnings[0], err
     assert "Traceback" not in err

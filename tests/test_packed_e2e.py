@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from runtime.payload import read_payload
-from tests.conftest import free_port, wait_healthy
+from tests.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -63,20 +62,11 @@ def python_child(pid: int) -> int:
 
 
 def start(place: dict, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([str(place["exe"]), "--no-browser", "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=place["env"],
-                            cwd=place["run"])
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(proc, url)
-    return proc, url
+    return start_server([str(place["exe"]), *args], env=place["env"], cwd=place["run"])
 
 
 def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    return err
+    return stop_server(proc, timeout=20)
 
 
 def test_runs_anywhere_and_maps_its_own_model(place, tiny_model):
